@@ -1,0 +1,5 @@
+"""``python -m deltascope`` = the ``deltascope`` command."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,126 @@
+"""``deltascope.compare``: the one call most users need."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from .checkpoint import Checkpoint, open_checkpoint
+from .comparison import Comparison
+from .constants import CHUNK_ELEMENTS
+from .engine import RunPlan, column_specs, run
+from .families import ElementwiseFamily, Family
+from .metrics.elementwise import ElementwiseOptions
+from .naming import RoleMapper, Rule
+from .selection import LayerSpec, Selection
+
+__all__ = ["compare", "elementwise_options"]
+
+Spec = str | os.PathLike[str] | Checkpoint
+
+
+def elementwise_options(
+    metrics: Literal["default", "full"] | ElementwiseOptions | dict[str, Any] = "default",
+    *,
+    atol: Iterable[float] | None = None,
+    rms: Iterable[float] | None = None,
+    rel: Iterable[float] | None = None,
+    ulp: bool | None = None,
+    concentration: Iterable[float] | None = None,
+) -> ElementwiseOptions:
+    """Build :class:`ElementwiseOptions` from a preset plus overrides."""
+    if isinstance(metrics, ElementwiseOptions):
+        opts = metrics
+    elif isinstance(metrics, dict):
+        opts = ElementwiseOptions.from_dict(metrics)
+    elif metrics == "full":
+        opts = ElementwiseOptions.full()
+    elif metrics == "default":
+        opts = ElementwiseOptions()
+    else:
+        raise ValueError(f"metrics={metrics!r}: use 'default', 'full', a dict or ElementwiseOptions.")
+    d = opts.to_dict()
+    for key, val in (("atol", atol), ("rms", rms), ("rel", rel), ("concentration", concentration)):
+        if val is not None:
+            d[key] = [float(v) for v in val]
+    if ulp is not None:
+        d["ulp"] = bool(ulp)
+    return ElementwiseOptions.from_dict(d)
+
+
+def compare(
+    base: Spec,
+    tuned: Spec,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    layers: LayerSpec = None,
+    blocks: str | Iterable[str] | None = None,
+    modules: str | Iterable[str] | None = None,
+    towers: str | Iterable[str] | None = None,
+    metrics: Literal["default", "full"] | ElementwiseOptions | dict[str, Any] = "default",
+    atol: Iterable[float] | None = None,
+    rms: Iterable[float] | None = None,
+    rel: Iterable[float] | None = None,
+    ulp: bool | None = None,
+    concentration: Iterable[float] | None = None,
+    device: str = "cpu",
+    chunk: int = CHUNK_ELEMENTS,
+    progress: bool | None = None,
+    prefetch: int = 2,
+    naming_rules: Iterable[Rule] = (),
+    extra_families: Iterable[Family] = (),
+    **source_options: Any,
+) -> Comparison:
+    """Compare a base and a tuned checkpoint, streaming tensor by tensor.
+
+    Args:
+        base, tuned: local files/folders, Hub ids (``org/name@rev``) or opened
+            :class:`~deltascope.checkpoint.Checkpoint` objects.
+        include, exclude: name globs (``"model.layers.1[0-5].*"``) or ``"re:<regex>"``.
+        layers: ``3``, ``"0-3,7"``, a range or a list.
+        blocks, modules, towers: keep only these roles (see :mod:`deltascope.naming`).
+        metrics: ``"default"`` (exact, atol 1e-5, rel 1e-3, ULP counts, norms) or
+            ``"full"`` (every rule of docs/metrics.md) or :class:`ElementwiseOptions`.
+        atol, rms, rel, ulp, concentration: override single parts of ``metrics``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        chunk: elements per chunk (working memory ~ 5 x chunk x 4-8 bytes).
+        progress: progress bar on stderr; ``None`` shows it on a terminal only.
+        prefetch: pairs to read ahead.
+        naming_rules: extra :class:`~deltascope.naming.Rule` objects for unusual names.
+        **source_options: for Hub specs: ``token``, ``endpoint``, ``cache_dir`` ...
+
+    Returns:
+        A :class:`~deltascope.Comparison`.
+
+    Example:
+        >>> import deltascope
+        >>> base, tuned = deltascope.demo_pair()
+        >>> cmp = deltascope.compare(base, tuned, blocks="mlp", progress=False)
+        >>> sorted(cmp.by("module").index)
+        ['down_proj', 'gate_proj', 'up_proj']
+    """
+    opts = elementwise_options(metrics, atol=atol, rms=rms, rel=rel, ulp=ulp, concentration=concentration)
+    families: list[Family] = [ElementwiseFamily(opts), *extra_families]
+    plan = RunPlan(
+        families=families,
+        selection=Selection.make(include, exclude, layers, blocks, modules, towers),
+        device=device,
+        chunk=chunk,
+        progress=progress,
+        prefetch=prefetch,
+        mapper=RoleMapper(naming_rules),
+    )
+    b = open_checkpoint(base, **source_options)
+    try:
+        t = open_checkpoint(tuned, **source_options)
+        try:
+            tensors, mismatches, meta = run(b, t, plan)
+        finally:
+            if t is not tuned:
+                t.close()
+    finally:
+        if b is not base:
+            b.close()
+    return Comparison(tensors, mismatches, meta, column_specs(families), families)
