@@ -29,9 +29,34 @@ from .errors import (
 from .metrics.elementwise import ElementwiseOptions
 from .naming import Role, Rule, role_of
 
+# Verbs whose modules are imported on first use, so ``import deltascope`` stays cheap.
+_LAZY = {
+    "check": "deltascope.check:check",
+    "overlap": "deltascope.overlap:overlap",
+    "save_masks": "deltascope.masks:save_masks",
+    "load_masks": "deltascope.masks:load_masks",
+}
+
+
+def __getattr__(name: str) -> object:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'deltascope' has no attribute {name!r}")
+    import importlib
+
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "__version__",
     "compare",
+    "check",
+    "overlap",
+    "save_masks",
+    "load_masks",
     "open_checkpoint",
     "demo_pair",
     "Comparison",

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from .checkpoint import Checkpoint, open_checkpoint
 from .comparison import Comparison
 from .constants import CHUNK_ELEMENTS
-from .engine import RunPlan, column_specs, run
-from .families import ElementwiseFamily, Family
+from .engine import RunPlan, column_specs, family_tables, run
+from .families import ElementwiseFamily, Family, family_class
 from .metrics.elementwise import ElementwiseOptions
 from .naming import RoleMapper, Rule
 from .selection import LayerSpec, Selection
@@ -69,6 +69,8 @@ def compare(
     chunk: int = CHUNK_ELEMENTS,
     progress: bool | None = None,
     prefetch: int = 2,
+    spectral: Any = False,
+    coords: Any = False,
     naming_rules: Iterable[Rule] = (),
     extra_families: Iterable[Family] = (),
     **source_options: Any,
@@ -88,6 +90,11 @@ def compare(
         chunk: elements per chunk (working memory ~ 5 x chunk x 4-8 bytes).
         progress: progress bar on stderr; ``None`` shows it on a terminal only.
         prefetch: pairs to read ahead.
+        spectral: geometry of the update (issue: ranks, principal-subspace projection,
+            rotation, drift): ``False`` (default), ``True``/``"exact"``, ``"fast"``, or
+            options (see :mod:`deltascope.family_spectral`).
+        coords: which coordinates move (magnitude vs source, masks): ``False``
+            (default), ``True`` or options (see :mod:`deltascope.family_coords`).
         naming_rules: extra :class:`~deltascope.naming.Rule` objects for unusual names.
         **source_options: for Hub specs: ``token``, ``endpoint``, ``cache_dir`` ...
 
@@ -102,7 +109,12 @@ def compare(
         ['down_proj', 'gate_proj', 'up_proj']
     """
     opts = elementwise_options(metrics, atol=atol, rms=rms, rel=rel, ulp=ulp, concentration=concentration)
-    families: list[Family] = [ElementwiseFamily(opts), *extra_families]
+    families: list[Family] = [ElementwiseFamily(opts)]
+    for name, user in (("spectral", spectral), ("coords", coords)):
+        fam = optional_family(name, user)
+        if fam is not None:
+            families.append(fam)
+    families.extend(extra_families)
     plan = RunPlan(
         families=families,
         selection=Selection.make(include, exclude, layers, blocks, modules, towers),
@@ -123,4 +135,12 @@ def compare(
     finally:
         if b is not base:
             b.close()
-    return Comparison(tensors, mismatches, meta, column_specs(families), families)
+    return Comparison(tensors, mismatches, meta, column_specs(families), families, family_tables(families))
+
+
+def optional_family(name: str, user: Any) -> Family | None:
+    """The family ``name`` configured from a user argument (``False``/``None``/``"off"``
+    gives ``None``); each family class parses its own argument in ``from_user``."""
+    if user is None or user is False or user == "off":
+        return None
+    return family_class(name).from_user(user)  # type: ignore[attr-defined]

@@ -165,6 +165,31 @@ class Comparison:
             raise ValueError(f"No column {by!r}; see Comparison.tensors.columns.")
         return self.ok.sort_values(by, ascending=False, kind="stable").head(n)
 
+    # -- downstream views (each lives in its own module, imported on first use) ------
+    @property
+    def plot(self) -> Any:
+        """Plots of this comparison (matplotlib; each takes ``ax=None`` and returns the
+        Axes or Figure): ``cmp.plot.layer_profile()``, ``cmp.plot.heatmap(...)`` ...
+        See :mod:`deltascope.report.plots`."""
+        from .report.plots import PlotAccessor
+
+        return PlotAccessor(self)
+
+    def report(self, path: str | os.PathLike[str], **options: Any) -> Path:
+        """Write a self-contained HTML report to ``path`` and return the path.
+        See :func:`deltascope.report.html.write_report`."""
+        from .report.html import write_report
+
+        return write_report(self, path, **options)
+
+    def magnitude_profile(self, by: str | Sequence[str] | None = None, **options: Any) -> pd.DataFrame:
+        """Change rate, mean |Δ|, mean |Δ|/|W0| and the stored dtype's ULP per |W0|
+        quantile bin, aggregated by ``by`` (needs ``compare(..., coords=True)``).
+        See :func:`deltascope.family_coords.magnitude_profile`."""
+        from .family_coords import magnitude_profile
+
+        return magnitude_profile(self, by, **options)
+
     # -- display ---------------------------------------------------------------------
     def headline(self) -> dict[str, Any]:
         """The handful of model-level numbers the text and HTML views lead with."""

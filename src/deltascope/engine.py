@@ -32,7 +32,7 @@ from .naming import RoleMapper
 from .pairing import TensorPair, pair_tensors
 from .selection import Selection
 
-__all__ = ["RunPlan", "run"]
+__all__ = ["RunPlan", "run", "family_tables", "column_specs", "build_frame"]
 
 
 @dataclass
@@ -140,6 +140,8 @@ def run(base: Checkpoint, tuned: Checkpoint, plan: RunPlan) -> tuple[pd.DataFram
     bar = _progress_bar(total_bytes, plan.progress, len(selected))
     n_errors = 0
     prefetched = 0
+    for fam in plan.families:
+        fam.start()
     try:
         for i, pair in enumerate(selected):
             # Prefetch hints for the next pairs (local: readahead; Hub: start the fetches).
@@ -196,6 +198,14 @@ def run(base: Checkpoint, tuned: Checkpoint, plan: RunPlan) -> tuple[pd.DataFram
         "complete": True,
     }
     return df, pairing.mismatches, meta
+
+
+def family_tables(families: Sequence[Family]) -> dict[str, pd.DataFrame]:
+    """Extra tables of every family after a run, by name."""
+    out: dict[str, pd.DataFrame] = {}
+    for fam in families:
+        out.update(fam.tables())
+    return out
 
 
 def column_specs(families: Sequence[Family]) -> list[ColumnSpec]:

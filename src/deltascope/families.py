@@ -31,7 +31,7 @@ from .metrics.elementwise import (
 )
 from .naming import Role
 
-__all__ = ["PairContext", "Family", "ElementwiseFamily", "family_from_options", "FAMILIES"]
+__all__ = ["PairContext", "Family", "ElementwiseFamily", "family_from_options", "family_class", "FAMILIES"]
 
 
 @dataclass
@@ -120,6 +120,14 @@ class Family:
     def from_options(cls, options: Mapping[str, Any]) -> Family:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def start(self) -> None:
+        """Called once before the first pair of a run (reset per-run state)."""
+
+    def tables(self) -> dict[str, Any]:
+        """Extra tables (name -> DataFrame) the family built during the run; they land in
+        ``Comparison.extras`` and travel with the saved result."""
+        return {}
+
 
 class ElementwiseFamily(Family):
     """Sparsity rules, ULP counts, concentration, norms, cosine, NaN/Inf counts."""
@@ -184,14 +192,30 @@ def _equality(ctx: PairContext) -> dict[str, Any]:
     return equality_metrics(a, b, chunk=ctx.chunk)
 
 
-#: Family classes by name, for rebuilding a saved result.
-FAMILIES: dict[str, type[Family]] = {"elementwise": ElementwiseFamily}
+#: Family classes by name (``"module:Class"`` for families imported on first use, so
+#: ``import deltascope`` stays cheap), for building runs and rebuilding saved results.
+FAMILIES: dict[str, type[Family] | str] = {
+    "elementwise": ElementwiseFamily,
+    "spectral": "deltascope.family_spectral:SpectralFamily",
+    "coords": "deltascope.family_coords:CoordsFamily",
+}
+
+
+def family_class(name: str) -> type[Family]:
+    """The class of family ``name``, importing it on first use."""
+    try:
+        entry = FAMILIES[name]
+    except KeyError as e:
+        raise KeyError(f"unknown metric family {name!r} (known: {sorted(FAMILIES)})") from e
+    if isinstance(entry, str):
+        import importlib
+
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        FAMILIES[name] = entry
+    return entry
 
 
 def family_from_options(name: str, options: Mapping[str, Any]) -> Family:
     """Rebuild a family from the options saved in a result."""
-    try:
-        cls = FAMILIES[name]
-    except KeyError as e:
-        raise KeyError(f"unknown metric family {name!r} (known: {sorted(FAMILIES)})") from e
-    return cls.from_options(options)
+    return family_class(name).from_options(options)
