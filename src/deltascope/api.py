@@ -83,7 +83,7 @@ def compare(
         include, exclude: name globs (``"model.layers.1[0-5].*"``) or ``"re:<regex>"``.
         layers: ``3``, ``"0-3,7"``, a range or a list.
         blocks, modules, towers: keep only these roles (see :mod:`deltascope.naming`).
-        metrics: ``"default"`` (exact, atol 1e-5, rel 1e-3, ULP counts, norms) or
+        metrics: ``"default"`` (exact, atol 1e-5, ULP counts, norms) or
             ``"full"`` (every rule of docs/metrics.md) or :class:`ElementwiseOptions`.
         atol, rms, rel, ulp, concentration: override single parts of ``metrics``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.

@@ -57,7 +57,7 @@ def add_metrics(p: argparse.ArgumentParser) -> None:
         "--metrics",
         choices=["default", "full"],
         default="default",
-        help="elementwise preset: default (exact, atol 1e-5, rel 1e-3, ULP, norms) or full",
+        help="elementwise preset: default (exact, atol 1e-5, ULP counts, norms) or full (every rule)",
     )
     g.add_argument("--atol", type=_floats, metavar="LIST", help="absolute tolerances, e.g. 1e-8,1e-5")
     g.add_argument("--rms", type=_floats, metavar="LIST", help="RMS(W0)-relative tolerances, e.g. 1e-3")
