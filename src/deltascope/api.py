@@ -68,7 +68,7 @@ def compare(
     device: str = "cpu",
     chunk: int = CHUNK_ELEMENTS,
     progress: bool | None = None,
-    prefetch: int = 2,
+    prefetch: int | None = None,
     spectral: Any = False,
     coords: Any = False,
     naming_rules: Iterable[Rule] = (),
@@ -89,7 +89,8 @@ def compare(
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         chunk: elements per chunk (working memory ~ 5 x chunk x 4-8 bytes).
         progress: progress bar on stderr; ``None`` shows it on a terminal only.
-        prefetch: pairs to read ahead.
+        prefetch: pairs to announce ahead to the sources (default: what the sources ask
+            for, e.g. more for the Hub to hide latency).
         spectral: geometry of the update (issue: ranks, principal-subspace projection,
             rotation, drift): ``False`` (default), ``True``/``"exact"``, ``"fast"``, or
             options (see :mod:`deltascope.family_spectral`).

@@ -202,7 +202,7 @@ class Comparison:
         if len(self.ok):
             h = self.headline()
             lines.append(
-                f"  {h.get('n_tensors', 0)} tensors, {int(h.get('numel', 0)):,} coordinates; "
+                f"  {int(h.get('n_tensors', 0))} tensors, {int(h.get('numel', 0)):,} coordinates; "
                 f"changed (exact) {h.get('changed_exact', math.nan):.4%}; "
                 f"relative update {h.get('rel_update', math.nan):.3e}"
             )

@@ -44,7 +44,7 @@ class RunPlan:
     device: str = "cpu"
     chunk: int = CHUNK_ELEMENTS
     progress: bool | None = None
-    prefetch: int = 2
+    prefetch: int | None = None
     mapper: RoleMapper = field(default_factory=RoleMapper)
 
     def options(self) -> dict[str, Any]:
@@ -140,12 +140,13 @@ def run(base: Checkpoint, tuned: Checkpoint, plan: RunPlan) -> tuple[pd.DataFram
     bar = _progress_bar(total_bytes, plan.progress, len(selected))
     n_errors = 0
     prefetched = 0
+    depth = plan.prefetch if plan.prefetch is not None else max(base.prefetch_depth, tuned.prefetch_depth)
     for fam in plan.families:
         fam.start()
     try:
         for i, pair in enumerate(selected):
             # Prefetch hints for the next pairs (local: readahead; Hub: start the fetches).
-            while prefetched < min(len(selected), i + 1 + max(0, plan.prefetch)):
+            while prefetched < min(len(selected), i + 1 + max(0, depth)):
                 nxt = selected[prefetched]
                 base.prefetch(nxt.base.name)
                 tuned.prefetch(nxt.tuned.name)

@@ -90,6 +90,10 @@ class Checkpoint:
     """
 
     kind: str = "abstract"
+    #: How many tensors ahead the engine should announce through :meth:`prefetch` when the
+    #: caller does not say (local files: a little readahead; remote sources: enough
+    #: requests in flight to hide latency).
+    prefetch_depth: int = 2
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
