@@ -13,7 +13,7 @@ from pandas import NA as _NA
 if TYPE_CHECKING:
     from .comparison import Comparison
 
-__all__ = ["comparison_html", "fmt_number", "text_table", "SHOW_COLUMNS"]
+__all__ = ["comparison_html", "fmt_number", "is_fraction_column", "text_table", "SHOW_COLUMNS"]
 
 
 def fmt_number(v: Any, col: str = "") -> str:
@@ -30,11 +30,33 @@ def fmt_number(v: Any, col: str = "") -> str:
         return str(v)
     if math.isnan(f):
         return "–"
-    if col.startswith(("changed_", "ulp", "energy_share", "numel_share")) or col.endswith("_share"):
+    if math.isinf(f):
+        return "∞" if f > 0 else "−∞"
+    if col.endswith("_enrichment") or col.endswith("_ratio_random"):
+        return f"{f:.2f}×"  # observed / expected: 1.00× is chance
+    if is_fraction_column(col):
+        if f == 0:
+            return "0%"
+        if abs(f) < 1e-4:  # keep tiny non-zero fractions visible instead of "0.00%"
+            return f"{f * 100:.2g}%"
         return f"{f:.2%}"
     if f != 0 and (abs(f) < 1e-3 or abs(f) >= 1e6):
         return f"{f:.3e}"
     return f"{f:.4g}"
+
+
+_FRACTION_PREFIXES = ("changed_", "proj", "top", "change_rate", "sv_energy_top", "null_change_rate")
+_FRACTION_SUFFIXES = ("_share", "_frac", "_expected", "_density", "_overlap", "_coverage")
+
+
+def is_fraction_column(col: str) -> bool:
+    """Whether a column holds a fraction in [0, 1] that displays as a percentage
+    (``changed_*``, ``*_share``, ``*_frac``/``*_frac_<tol>``, ``proj*`` projections and
+    their expectations, ``top*``/``sv_energy_top*`` energy concentration, mask
+    densities/overlaps/coverages, change rates)."""
+    if col.endswith("_enrichment"):
+        return False
+    return col.startswith(_FRACTION_PREFIXES) or col.endswith(_FRACTION_SUFFIXES) or "_frac_" in col
 
 
 SHOW_COLUMNS = [
@@ -50,24 +72,26 @@ SHOW_COLUMNS = [
 ]
 
 
-def _table(df: Any, cols: list[str]) -> str:
-    cols = [c for c in cols if c in df.columns]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [df.index.name or "", *cols])
-    body = []
-    for idx, row in df.iterrows():
-        cells = "".join(f"<td>{html.escape(fmt_number(row[c], c))}</td>" for c in cols)
-        body.append(f"<tr><th>{html.escape(str(idx))}</th>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
 def comparison_html(cmp: Comparison) -> str:
+    """The compact rich summary Jupyter shows for a Comparison: sources, the headline
+    findings in words, the by-block table, problems, and where to look next."""
+    from .report.html import headline_findings
+    from .report.tables import display_columns, run_table, to_html
+
     meta = cmp.metadata
     base = html.escape(str(meta.get("base", {}).get("spec")))
     tuned = html.escape(str(meta.get("tuned", {}).get("spec")))
     parts = [f"<div class='deltascope'><b>deltascope comparison</b>: <code>{base}</code> → <code>{tuned}</code>"]
+    findings = headline_findings(cmp)
+    if findings:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings[:8]) + "</ul>")
     if len(cmp.ok):
-        parts.append(_table(cmp.summary(), SHOW_COLUMNS))
-        parts.append("<details open><summary>by block</summary>" + _table(cmp.by("block"), SHOW_COLUMNS) + "</details>")
+        blocks = cmp.by("block")
+        parts.append(
+            "<details open><summary>by block</summary>"
+            + to_html(blocks, display_columns(blocks), css_class=None)
+            + "</details>"
+        )
     errors = cmp.errors
     if len(errors):
         parts.append(f"<p><b>{len(errors)} tensor(s) failed</b> (see <code>.errors</code>).</p>")
@@ -75,6 +99,13 @@ def comparison_html(cmp: Comparison) -> str:
         counts = cmp.mismatches["kind"].value_counts()
         items = ", ".join(f"{html.escape(str(k))}: {v}" for k, v in counts.items())
         parts.append(f"<p>Mismatches: {items} (see <code>.mismatches</code>).</p>")
+    facts = dict(run_table(meta))
+    run = " · ".join(f"{k} {facts[k]}" for k in ("time taken", "bytes read") if k in facts)
+    parts.append(
+        f"<p style='font-size:smaller;color:#666'>{html.escape(run)}{' · ' if run else ''}more: "
+        '<code>.summary()</code>, <code>.by("layer")</code>, <code>.top()</code>, '
+        '<code>.plot.layer_profile()</code>, <code>.report("report.html")</code></p>'
+    )
     parts.append("</div>")
     return "".join(parts)
 

@@ -22,10 +22,21 @@ EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
 def _commands() -> dict[str, object]:
+    from . import check as check_cmd
     from . import compare as compare_cmd
     from . import demo as demo_cmd
+    from . import masks as masks_cmd
+    from . import overlap as overlap_cmd
+    from . import report as report_cmd
 
-    return {"compare": compare_cmd, "demo": demo_cmd}
+    return {
+        "compare": compare_cmd,
+        "check": check_cmd,
+        "demo": demo_cmd,
+        "report": report_cmd,
+        "masks": masks_cmd,
+        "overlap": overlap_cmd,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   deltascope compare base.safetensors tuned.safetensors --blocks mlp --layers 0-7
   deltascope compare Qwen/Qwen3-8B someorg/qwen3-8b-opd@v1 --include 'model.layers.1[0-5].*' -o out/
   deltascope compare base/ tuned/ --metrics full --format json > summary.json
+  deltascope compare base/ tuned/ -o out/ --report     # + plots and a self-contained report.html
 
 outputs (with -o DIR): comparison.json (the full result, reloadable), tensors.csv,
 by_block.csv, by_module.csv, by_layer.csv, by_tower.csv, by_layer_module.csv,
@@ -45,7 +46,22 @@ def add_parser(sub: Any) -> None:
     add_metrics(p)
     add_run(p)
     add_output(p, out_help="write tables and the full result into DIR")
+    add_report_flag(p)
     p.set_defaults(func=run)
+
+
+def add_report_flag(p: argparse.ArgumentParser) -> None:
+    """``--report``: also write plots (PNG/SVG), report.md and a self-contained report.html into -o DIR."""
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write plots (PNG and SVG), report.md and a self-contained report.html into DIR (needs -o)",
+    )
+
+
+def check_report_flag(a: argparse.Namespace) -> None:
+    if getattr(a, "report", False) and a.out is None:
+        raise ValueError("--report writes files: give the folder with -o DIR.")
 
 
 def summary_dict(cmp: Comparison) -> dict[str, Any]:
@@ -93,12 +109,21 @@ def write_outputs(cmp: Comparison, out: Path, *, parquet: bool = False) -> None:
 def finish(cmp: Comparison, a: argparse.Namespace) -> int:
     if a.out is not None:
         write_outputs(cmp, a.out, parquet=a.parquet)
+    written = None
+    if getattr(a, "report", False):
+        from .report import write_everything
+
+        check_report_flag(a)
+        written = write_everything(cmp, a)
     if a.format == "json":
-        emit_json(summary_dict(cmp))
+        extra = {"written": {k: [str(p) for p in v] for k, v in written.items()}} if written else {}
+        emit_json({**summary_dict(cmp), **extra})
     else:
         print_text(cmp)
         if a.out is not None:
             print(f"\nWrote tables and the full result to {a.out}/", file=sys.stderr)
+        if written:
+            print(f"Wrote the report to {written['report'][0]}", file=sys.stderr)
     n_err = int((cmp.tensors["status"] == "error").sum())
     if n_err:
         print(f"Warning: {n_err} tensor(s) failed; their rows have status 'error' and a reason.", file=sys.stderr)
@@ -109,5 +134,6 @@ def finish(cmp: Comparison, a: argparse.Namespace) -> int:
 def run(a: argparse.Namespace) -> int:
     from ..api import compare
 
+    check_report_flag(a)  # before a long run, not after it
     cmp = compare(a.base, a.tuned, **selection_kwargs(a), **metrics_kwargs(a), **run_kwargs(a))
     return finish(cmp, a)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .compare import finish
+from .compare import add_report_flag, check_report_flag, finish
 from .options import add_metrics, add_output, add_run, add_selection, metrics_kwargs, run_kwargs, selection_kwargs
 
 EXAMPLES = """examples:
@@ -30,6 +30,7 @@ def add_parser(sub: Any) -> None:
     add_metrics(p)
     add_run(p)
     add_output(p, out_help="write tables and the full result into DIR")
+    add_report_flag(p)
     p.set_defaults(func=run)
 
 
@@ -37,6 +38,7 @@ def run(a: argparse.Namespace) -> int:
     from ..api import compare
     from ..demo import demo_pair
 
+    check_report_flag(a)
     base, tuned = demo_pair(seed=a.seed)
     print(f"Built-in synthetic pair (not a real model): {base} -> {tuned}", file=sys.stderr)
     cmp = compare(base, tuned, **selection_kwargs(a), **metrics_kwargs(a), **run_kwargs(a))
