@@ -18,9 +18,9 @@ import torch
 import deltascope
 from conftest import llama_shapes
 from deltascope import Comparison
-from deltascope.check import CheckResult, Policy, Violation, check, load_policy
-from deltascope.check.policy import LineIndex, policy_from_toml, resolve_column
-from deltascope.check.rules import group_values
+from deltascope.checks import CheckResult, Policy, Violation, check, load_policy
+from deltascope.checks.policy import LineIndex, policy_from_toml, resolve_column
+from deltascope.checks.rules import group_values
 from deltascope.errors import PolicyError, ResultFormatError
 from reference import to_f64
 
@@ -650,7 +650,11 @@ def test_violations_are_data(mixed_result: CheckResult) -> None:
 
 # -- the package face and the examples ----------------------------------------------------------
 def test_deltascope_check_is_callable_after_submodule_imports() -> None:
-    import deltascope.check.outputs  # binds the package to the name deltascope.check
+    """Regression: a package named like the lazy export got bound over it on import."""
+    import deltascope.checks.outputs
+    import deltascope.overlaps
+
+    assert callable(deltascope.overlap)
 
     res = deltascope.check(deltascope.compare(*deltascope.demo_pair(), progress=False), {"rules": [{"kind": "finite"}]})
     assert res.ok

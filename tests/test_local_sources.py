@@ -256,3 +256,28 @@ def test_verl_step_folder_finds_actor(tmp_path: Path) -> None:
     with open_checkpoint(tmp_path / "global_step_10") as ck:
         assert ck.kind == "verl-fsdp"
         assert torch.equal(ck.read("model.embed_tokens.weight"), tensors["model.embed_tokens.weight"])
+
+
+def test_hf_cache_snapshot_symlinks_are_allowed(tmp_path: Path) -> None:
+    """snapshot_download layout: snapshots/<sha>/* are symlinks into ../../blobs."""
+    repo = tmp_path / "models--org--name"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    tensors = random_state(llama_shapes(layers=1))
+    names = sorted(tensors)
+    wm = {}
+    for i, part in enumerate((names[:4], names[4:])):
+        save_file({n: tensors[n] for n in part}, blobs / f"blob{i}")
+        fname = f"model-0000{i + 1}-of-00002.safetensors"
+        os.symlink(Path("../../blobs") / f"blob{i}", snap / fname)
+        wm.update(dict.fromkeys(part, fname))
+    _index(snap, wm)
+    with open_checkpoint(snap) as ck:
+        assert set(ck.tensors) == set(tensors)
+    # ... but a link to anything else outside stays refused
+    save_file({"w": torch.ones(2)}, repo / "elsewhere.safetensors")
+    os.remove(snap / "model-00001-of-00002.safetensors")
+    os.symlink(repo / "elsewhere.safetensors", snap / "model-00001-of-00002.safetensors")
+    with pytest.raises(UnsafeCheckpointError):
+        open_checkpoint(snap)

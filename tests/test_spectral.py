@@ -522,3 +522,20 @@ def test_json_round_trip_reproduces_groups(make_pair) -> None:
     pd.testing.assert_frame_equal(again.by("module"), cmp.by("module"))
     pd.testing.assert_frame_equal(again.by("layer", "module"), cmp.by("layer", "module"))
     assert again.families[1].opts == cmp.families[1].opts
+
+
+def test_split_auto_reads_config_json_end_to_end(tmp_path) -> None:
+    """The engine hands the base checkpoint's config.json to the family."""
+    from conftest import write_checkpoint
+
+    import deltascope
+
+    g = torch.Generator().manual_seed(11)
+    name = "model.layers.0.self_attn.qkv_proj.weight"
+    w0 = torch.randn(24, 16, generator=g)
+    w1 = w0 + 0.1 * torch.randn(24, 16, generator=g)
+    cfg = {"model_type": "phi3", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 1}
+    write_checkpoint(tmp_path / "b", {name: w0}, config=cfg)
+    write_checkpoint(tmp_path / "t", {name: w1})
+    row = deltascope.compare(tmp_path / "b", tmp_path / "t", spectral={"split": "auto"}).tensors.iloc[0]
+    assert row["n_spectral_matrices"] == 3 and "split along dim 0" in row["spectral_note"]

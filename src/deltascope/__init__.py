@@ -31,8 +31,8 @@ from .naming import Role, Rule, role_of
 
 # Verbs whose modules are imported on first use, so ``import deltascope`` stays cheap.
 _LAZY = {
-    "check": "deltascope.check:check",
-    "overlap": "deltascope.overlap:overlap",
+    "check": "deltascope.checks:check",
+    "overlap": "deltascope.overlaps:overlap",
     "save_masks": "deltascope.masks:save_masks",
     "load_masks": "deltascope.masks:load_masks",
 }

@@ -125,18 +125,38 @@ def compare(
         prefetch=prefetch,
         mapper=RoleMapper(naming_rules),
     )
-    b = open_checkpoint(base, **source_options)
+    b, t = open_pair(base, tuned, **source_options)
     try:
-        t = open_checkpoint(tuned, **source_options)
-        try:
-            tensors, mismatches, meta = run(b, t, plan)
-        finally:
-            if t is not tuned:
-                t.close()
+        tensors, mismatches, meta = run(b, t, plan)
     finally:
-        if b is not base:
-            b.close()
+        for opened, given in ((b, base), (t, tuned)):
+            if opened is not given:
+                opened.close()
     return Comparison(tensors, mismatches, meta, column_specs(families), families, family_tables(families))
+
+
+def open_pair(base: Spec, tuned: Spec, **source_options: Any) -> tuple[Checkpoint, Checkpoint]:
+    """Open both checkpoints at once (a Hub source spends its opening in round trips, so
+    the two sides overlap); if one fails, the other is closed and the error raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="deltascope-open") as pool:
+        futures = [pool.submit(open_checkpoint, spec, **source_options) for spec in (base, tuned)]
+        opened: list[Checkpoint | None] = []
+        error: BaseException | None = None
+        for fut in futures:
+            try:
+                opened.append(fut.result())
+            except BaseException as e:  # re-raised below, after cleanup
+                opened.append(None)
+                error = error or e
+    if error is not None:
+        for ck, given in zip(opened, (base, tuned)):
+            if ck is not None and ck is not given:
+                ck.close()
+        raise error
+    results = [ck for ck in opened if ck is not None]
+    return results[0], results[1]
 
 
 def optional_family(name: str, user: Any) -> Family | None:

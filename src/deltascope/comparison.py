@@ -19,10 +19,10 @@ import pandas as pd
 
 from .columns import ColumnSpec
 from .constants import RESULT_FORMAT, RESULT_FORMAT_VERSION
-from .engine import normalize_dtypes
+from .engine import as_float, normalize_dtypes, shares
 from .errors import ResultFormatError
 from .families import Family, family_from_options
-from .pairing import MISMATCH_COLUMNS
+from .pairing import MISMATCH_COLUMNS, MISMATCH_KINDS
 
 __all__ = ["Comparison", "GROUP_KEYS", "atomic_write_text", "jsonable", "records"]
 
@@ -117,31 +117,22 @@ class Comparison:
         return self._finish_groups(agg)
 
     def _finish_groups(self, agg: pd.DataFrame) -> pd.DataFrame:
-        raw = {c: agg[c].to_numpy(dtype=float) if c in agg else None for c in agg.columns}
-        derived: dict[str, np.ndarray] = {}
+        cols: dict[str, Any] = {c: agg[c] for c in agg.columns}
+        raw = {c: as_float(agg[c]) for c in agg.columns}
         for f in self.families:
-            cols = {c: raw[c] for c in f.raw_columns() if c in raw and raw[c] is not None}
-            if all(c in cols for c in f.raw_columns() if self._kind(c) in ("sum", "max")):
-                derived.update(f.derive(cols))
-        total_energy = self.ok["energy"].sum() if "energy" in self.tensors else math.nan
-        total_numel = self.ok["numel"].sum() if "numel" in self.tensors else math.nan
-        if "energy" in agg:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                derived["energy_share"] = (
-                    agg["energy"].to_numpy(dtype=float) / float(total_energy)
-                    if total_energy and total_energy > 0
-                    else np.full(len(agg), np.nan)
+            fam = {c: raw[c] for c in f.raw_columns() if c in raw}
+            if all(c in fam for c in f.raw_columns() if self._kind(c) in ("sum", "max")):
+                cols.update(f.derive(fam))
+        if "energy" in raw:
+            ok = self.ok
+            cols.update(
+                shares(
+                    raw["energy"], raw["numel"], float(as_float(ok["energy"]).sum()), float(as_float(ok["numel"]).sum())
                 )
-                derived["numel_share"] = (
-                    agg["numel"].to_numpy(dtype=float) / float(total_numel)
-                    if total_numel and total_numel > 0
-                    else np.full(len(agg), np.nan)
-                )
-        for k, v in derived.items():
-            agg[k] = v
-        order = ["n_tensors"] + [s.name for s in self.columns if s.name in agg.columns and s.agg != "key"]
-        out = agg[order + [c for c in agg.columns if c not in order]]
-        return normalize_dtypes(out, self.columns)
+            )
+        order = ["n_tensors"] + [s.name for s in self.columns if s.name in cols and s.agg != "key"]
+        order += [c for c in cols if c not in order]
+        return normalize_dtypes(pd.DataFrame({c: cols[c] for c in order}, index=agg.index), self.columns)
 
     def _kind(self, name: str) -> str | None:
         for s in self.columns:
@@ -153,11 +144,10 @@ class Comparison:
         """One row for the whole comparison: the model-level aggregate plus counts of
         pairs, errors and mismatches."""
         s = self.by()
-        s.insert(1, "n_errors", int((self.tensors["status"] == "error").sum()))
         kinds = self.mismatches["kind"] if len(self.mismatches) else pd.Series([], dtype=object)
-        for k in ("missing_in_tuned", "extra_in_tuned", "shape_changed", "dtype_changed", "tied"):
-            s[f"n_{k}"] = int((kinds == k).sum())
-        return s
+        extra = {f"n_{k}": [int((kinds == k).sum())] for k in MISMATCH_KINDS if k not in ("aliased", "ambiguous")}
+        errors = pd.DataFrame({"n_errors": [int((self.tensors["status"] == "error").sum())]}, index=s.index)
+        return pd.concat([s.iloc[:, :1], errors, s.iloc[:, 1:], pd.DataFrame(extra, index=s.index)], axis=1)
 
     def top(self, n: int = 10, by: str = "energy") -> pd.DataFrame:
         """The ``n`` tensors with the largest ``by`` (e.g. ``"energy"``, ``"rel_update"``)."""

@@ -32,6 +32,8 @@ def fmt_number(v: Any, col: str = "") -> str:
         return "–"
     if math.isinf(f):
         return "∞" if f > 0 else "−∞"
+    if col == "cosine" and f != 1:  # near 1: show where it departs from 1
+        return f"{f:.8f}" if f > 0.9999 else f"{f:.6f}"
     if col.endswith("_enrichment") or col.endswith("_ratio_random"):
         return f"{f:.2f}×"  # observed / expected: 1.00× is chance
     if is_fraction_column(col):

@@ -32,7 +32,7 @@ from .naming import RoleMapper
 from .pairing import TensorPair, pair_tensors
 from .selection import Selection
 
-__all__ = ["RunPlan", "run", "family_tables", "column_specs", "build_frame"]
+__all__ = ["RunPlan", "run", "family_tables", "column_specs", "build_frame", "shares", "as_float"]
 
 
 @dataclass
@@ -156,7 +156,9 @@ def run(base: Checkpoint, tuned: Checkpoint, plan: RunPlan) -> tuple[pd.DataFram
             try:
                 w0 = base.read(pair.base.name)
                 w1 = tuned.read(pair.tuned.name)
-                ctx = PairContext(pair.name, pair.role, pair.base, pair.tuned, w0, w1, device, plan.chunk)
+                ctx = PairContext(
+                    pair.name, pair.role, pair.base, pair.tuned, w0, w1, device, plan.chunk, config=base.config
+                )
                 for fam in plan.families:
                     row.update(fam.compute(ctx))
             except (KeyboardInterrupt, SystemExit):
@@ -220,45 +222,59 @@ def column_specs(families: Sequence[Family]) -> list[ColumnSpec]:
 def build_frame(rows: list[dict[str, Any]], specs: list[ColumnSpec], families: Sequence[Family]) -> pd.DataFrame:
     """The per-tensor DataFrame: identity, raw columns, then derived columns, in spec order."""
     raw = pd.DataFrame(rows)
+    cols: dict[str, Any] = {c: raw[c] for c in raw.columns}
+    n = len(raw)
     for s in specs:
-        if s.name not in raw.columns and s.agg != "derived":
-            raw[s.name] = None if s.agg == "key" else np.nan
-    derived: dict[str, Any] = {}
-    ok = raw["status"] == "ok" if len(raw) else pd.Series([], dtype=bool)
+        if s.name not in cols and s.agg != "derived":
+            cols[s.name] = [None] * n if s.agg == "key" else np.full(n, np.nan)
+    ok = (raw["status"] == "ok").to_numpy(dtype=bool) if n else np.zeros(0, dtype=bool)
     for f in families:
-        cols = {c: raw[c].to_numpy() for c in f.raw_columns() if c in raw.columns}
-        if len(raw):
-            derived.update({k: np.where(ok, v, np.nan) for k, v in f.derive(cols).items()})
-        else:
-            derived.update({k: np.array([], dtype=float) for k in f.derive({c: np.array([]) for c in cols})})
-    total_energy = float(raw.loc[ok, "energy"].sum()) if "energy" in raw and len(raw) else math.nan
-    total_numel = float(raw.loc[ok, "numel"].sum()) if "numel" in raw and len(raw) else math.nan
-    if "energy" in raw:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            energy = raw["energy"].to_numpy(dtype=float)
-            derived["energy_share"] = np.where(ok, energy / total_energy if total_energy > 0 else np.nan, np.nan)
-            numel = raw["numel"].to_numpy(dtype=float)
-            derived["numel_share"] = np.where(ok, numel / total_numel if total_numel > 0 else np.nan, np.nan)
-    for k, v in derived.items():
-        raw[k] = v
-    order = [s.name for s in specs if s.name in raw.columns]
-    extra = [c for c in raw.columns if c not in order]
-    return normalize_dtypes(raw[order + extra], specs)
+        fam_raw = {c: as_float(cols[c]) for c in f.raw_columns() if c in cols and not _is_key(specs, c)}
+        fam_raw.update({c: np.asarray(cols[c], dtype=object) for c in f.raw_columns() if _is_key(specs, c)})
+        for k, v in f.derive(fam_raw).items():
+            cols[k] = np.where(ok, v, np.nan) if n else np.zeros(0)
+    if "energy" in cols:
+        energy, numel = as_float(cols["energy"]), as_float(cols["numel"])
+        for k, v in shares(energy, numel, float(energy[ok].sum()), float(numel[ok].sum())).items():
+            cols[k] = np.where(ok, v, np.nan)
+    order = [s.name for s in specs if s.name in cols]
+    order += [c for c in cols if c not in order]
+    return normalize_dtypes(pd.DataFrame({c: cols[c] for c in order}, index=raw.index), specs)
+
+
+def _is_key(specs: list[ColumnSpec], name: str) -> bool:
+    return any(s.name == name and s.agg == "key" for s in specs)
+
+
+def as_float(values: Any) -> np.ndarray:
+    """float64 array of a column that may hold None / pd.NA (they become NaN)."""
+    if isinstance(values, (pd.Series, pd.api.extensions.ExtensionArray)):
+        return pd.Series(values).to_numpy(dtype=float, na_value=np.nan)
+    return np.array([np.nan if _missing(v) else v for v in values], dtype=float)
+
+
+def shares(energy: np.ndarray, numel: np.ndarray, total_energy: float, total_numel: float) -> dict[str, np.ndarray]:
+    """``energy_share`` and ``numel_share`` of rows (or groups) in a comparison's totals."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "energy_share": energy / total_energy if total_energy > 0 else np.full(len(energy), np.nan),
+            "numel_share": numel / total_numel if total_numel > 0 else np.full(len(numel), np.nan),
+        }
 
 
 def normalize_dtypes(df: pd.DataFrame, specs: list[ColumnSpec]) -> pd.DataFrame:
     """Fixed dtypes: keys as object/Int64, counts as Int64, the rest float64."""
-    df = df.copy()
     kinds = {s.name: s.agg for s in specs}
+    out: dict[str, Any] = {}
     for c in df.columns:
         kind = kinds.get(c)
         if c == "layer" or c == "numel" or c.startswith(("n_", "nan_", "inf_")):
-            df[c] = pd.array([None if _missing(v) else int(v) for v in df[c]], dtype="Int64")
+            out[c] = pd.array([None if _missing(v) else int(v) for v in df[c]], dtype="Int64")
         elif kind == "key":
-            df[c] = pd.Series([None if _missing(v) else v for v in df[c]], index=df.index, dtype=object)
+            out[c] = pd.Series([None if _missing(v) else v for v in df[c]], index=df.index, dtype=object)
         else:
-            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    return df
+            out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    return pd.DataFrame(out, index=df.index, columns=list(df.columns))
 
 
 def _missing(v: Any) -> bool:

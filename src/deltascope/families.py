@@ -45,6 +45,8 @@ class PairContext:
         w0, w1: the tensors in their stored dtypes (CPU, possibly memory-mapped views).
         device: where metrics compute.
         chunk: elements per chunk for streaming metrics.
+        config: the base checkpoint's ``config.json`` (e.g. head counts for splitting
+            fused projections), when there is one.
     """
 
     name: str
@@ -55,6 +57,7 @@ class PairContext:
     w1: torch.Tensor
     device: torch.device
     chunk: int
+    config: Mapping[str, Any] | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -240,7 +240,7 @@ class SpectralFamily(Family):
         split = self.opts.split
         module = ctx.role.module
         if split == "auto":
-            config = getattr(ctx, "config", None)
+            config = ctx.config
             if module not in ("qkv_proj", "gate_up_proj"):
                 return whole, None
             if not config:

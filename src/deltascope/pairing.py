@@ -33,7 +33,7 @@ import pandas as pd
 from .checkpoint.base import TensorInfo
 from .naming import Role, RoleMapper
 
-__all__ = ["TensorPair", "PairingResult", "pair_tensors", "canonical_name", "MISMATCH_COLUMNS"]
+__all__ = ["TensorPair", "PairingResult", "pair_tensors", "canonical_name", "MISMATCH_COLUMNS", "MISMATCH_KINDS"]
 
 # (pattern, replacement) applied in order to both sides' names to form the alias key.
 _ALIASES: list[tuple[re.Pattern[str], str]] = [
@@ -51,6 +51,17 @@ _ALIASES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(^|\.)_fsdp_wrapped_module\."), r"\1"),
     (re.compile(r"(^|\.)_checkpoint_wrapped_module\."), r"\1"),
 ]
+
+#: Every kind of mismatch row, in the order of the table in the module docstring.
+MISMATCH_KINDS = (
+    "missing_in_tuned",
+    "extra_in_tuned",
+    "shape_changed",
+    "dtype_changed",
+    "tied",
+    "ambiguous",
+    "aliased",
+)
 
 MISMATCH_COLUMNS = ["name", "kind", "tuned_name", "base_shape", "tuned_shape", "base_dtype", "tuned_dtype", "detail"]
 

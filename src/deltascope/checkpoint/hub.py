@@ -530,6 +530,7 @@ class HubCheckpoint(Checkpoint):
         self.requested_revision = requested_revision
         self.root = f"hf://{repo.repo_id}@{repo.sha}"
         self._max_bytes = max_inflight_bytes
+        self.prefetch_depth = 2 * max_inflight  # enough announced reads to keep the pool busy
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="deltascope-hub")
         self._lock = threading.RLock()
         self._slots: dict[str, Future[bytearray]] = {}

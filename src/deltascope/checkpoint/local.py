@@ -50,7 +50,8 @@ def safe_child(root: Path, name: str, *, index: Path) -> Path:
     """Resolve shard ``name`` from an index inside ``root``; refuse anything that leaves it.
 
     Absolute paths, ``..`` components and symlinks pointing outside the (resolved) root
-    are refused with :class:`UnsafeCheckpointError`.
+    are refused with :class:`UnsafeCheckpointError`; the one exception is the Hugging
+    Face cache, whose ``snapshots/<sha>/`` files link into the repository's ``blobs/``.
     """
     if not isinstance(name, str) or not name or "\x00" in name:
         raise CorruptCheckpointError(f"Index {str(index)!r} names an invalid shard {name!r}.", path=str(index))
@@ -63,13 +64,22 @@ def safe_child(root: Path, name: str, *, index: Path) -> Path:
         )
     real_root = root.resolve()
     resolved = (root / candidate).resolve()
-    if resolved != real_root and real_root not in resolved.parents:
+    if resolved != real_root and real_root not in resolved.parents and not _in_hf_cache_blobs(real_root, resolved):
         raise UnsafeCheckpointError(
             f"Index {str(index)!r}: shard {name!r} resolves to {str(resolved)!r}, outside the checkpoint "
             f"folder {str(real_root)!r} (a symlink?). Copy the shard into the folder instead.",
             path=str(index),
         )
     return resolved
+
+
+def _in_hf_cache_blobs(root: Path, resolved: Path) -> bool:
+    """True for the Hugging Face cache layout, where ``snapshots/<sha>/<file>`` is a
+    symlink into the same repository's ``blobs/`` folder."""
+    if root.parent.name != "snapshots":
+        return False
+    blobs = root.parent.parent / "blobs"
+    return resolved.parent == blobs
 
 
 class SafetensorsCheckpoint(Checkpoint):
@@ -242,7 +252,8 @@ def _index_shards(root: Path, index: Path) -> tuple[dict[str, str], list[Path]]:
     shards: dict[str, Path] = {}
     for shard in wm.values():
         if shard not in shards:
-            p = safe_child(root, shard, index=index)
+            safe_child(root, shard, index=index)
+            p = root / shard  # keep the index's name (the file may be a checked link)
             if not p.is_file():
                 raise CorruptCheckpointError(
                     f"Index {str(index)!r} names shard {shard!r}, which is not in {str(root)!r}. "

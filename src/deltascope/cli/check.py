@@ -24,7 +24,7 @@ docs/check.md. Checking two checkpoints computes only the metrics the policy nam
 
 
 def add_parser(sub: Any) -> None:
-    from ..check.outputs import FORMATS
+    from ..checks.outputs import FORMATS
 
     p = sub.add_parser(
         "check",
@@ -50,8 +50,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..check import check
-    from ..check.outputs import render
+    from ..checks import check
+    from ..checks.outputs import render
     from ..comparison import atomic_write_text
 
     if len(a.inputs) > 2:

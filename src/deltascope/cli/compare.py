@@ -78,12 +78,29 @@ def summary_dict(cmp: Comparison) -> dict[str, Any]:
     }
 
 
+#: Spectral / coordinate columns shown in the text summary when the run computed them.
+GEOMETRY_COLUMNS = [
+    "effective_rank_frac",
+    "stable_rank",
+    "proj2_10pct",
+    "proj2_10pct_enrichment",
+    "spearman_absdelta_absw0",
+    "lowmag_10pct_enrichment",
+    "principal_10pct_enrichment",
+]
+
+
 def print_text(cmp: Comparison) -> None:
     from ..display import SHOW_COLUMNS, text_table
 
     print(repr(cmp))
     print()
-    print(text_table(cmp.by("block"), SHOW_COLUMNS))
+    by_block = cmp.by("block")
+    print(text_table(by_block, SHOW_COLUMNS))
+    extra = [c for c in GEOMETRY_COLUMNS if c in by_block.columns]
+    if extra:
+        print()
+        print(text_table(by_block, ["n_tensors", *extra]))
     errs = cmp.errors
     if len(errs):
         print(f"\n{len(errs)} tensor(s) could not be compared:")

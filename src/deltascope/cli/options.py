@@ -69,6 +69,19 @@ def add_metrics(p: argparse.ArgumentParser) -> None:
         help="fractions of coordinates for the energy-concentration columns, e.g. 0.001,0.01",
     )
     g.add_argument("--no-ulp", action="store_true", help="skip the ULP counts")
+    g.add_argument(
+        "--spectral",
+        nargs="?",
+        const="exact",
+        choices=["exact", "fast"],
+        default=None,
+        help="spectral geometry of 2-D updates: ranks, principal-subspace projection, rotation (exact SVD, or fast)",
+    )
+    g.add_argument(
+        "--coords",
+        action="store_true",
+        help="which coordinates move: |delta| vs |W0|, magnitude profile, low-magnitude/principal masks",
+    )
 
 
 def add_run(p: argparse.ArgumentParser) -> None:
@@ -106,6 +119,8 @@ def metrics_kwargs(a: argparse.Namespace) -> dict[str, Any]:
         "rel": a.rel,
         "concentration": a.concentration,
         "ulp": False if a.no_ulp else None,
+        "spectral": a.spectral or False,
+        "coords": a.coords,
     }
 
 

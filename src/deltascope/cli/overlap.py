@@ -63,7 +63,7 @@ def _source(arg: str) -> Any:
 def run(a: argparse.Namespace) -> int:
     from ..comparison import records
     from ..display import text_table
-    from ..overlap import overlap
+    from ..overlaps import overlap
 
     keys = [k.strip() for k in a.by.split(",") if k.strip()] if a.by else []
     names = [n.strip() for n in a.names.split(",")] if a.names else None

@@ -1,4 +1,4 @@
-"""Render a :class:`~deltascope.check.rules.CheckResult`: human text, JSON, JUnit XML and
+"""Render a :class:`~deltascope.checks.rules.CheckResult`: human text, JSON, JUnit XML and
 GitHub Actions annotations. Numbers are rounded here, on display only."""
 
 from __future__ import annotations

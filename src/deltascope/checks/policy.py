@@ -37,6 +37,7 @@ from ..display import fmt_number
 from ..errors import PolicyError
 from ..families import FAMILIES, ElementwiseFamily, Family, family_class
 from ..metrics.elementwise import ElementwiseOptions, fmt_threshold
+from ..pairing import MISMATCH_KINDS
 from ..selection import Selection
 
 __all__ = [
@@ -53,16 +54,6 @@ __all__ = [
 
 #: Rule kinds, in the order docs/check.md describes them.
 RULE_KINDS = ("bound", "identical", "finite", "structure", "baseline")
-#: Every kind of row in ``Comparison.mismatches`` (see :mod:`deltascope.pairing`).
-MISMATCH_KINDS = (
-    "missing_in_tuned",
-    "extra_in_tuned",
-    "shape_changed",
-    "dtype_changed",
-    "ambiguous",
-    "tied",
-    "aliased",
-)
 #: Mismatch kinds a ``structure`` rule fails on unless listed in ``allow``.
 FORBIDDEN_MISMATCHES = ("missing_in_tuned", "extra_in_tuned", "shape_changed", "dtype_changed", "ambiguous")
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import sys
 import time
-import types
 import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -339,15 +337,3 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for k, v in derive_overlap({c: df[c].to_numpy(dtype=float) for c in RAW_COLUMNS}).items():
         df[k] = v
     return df[[*ident, *DERIVED_COLUMNS, *RAW_COLUMNS]]
-
-
-class _CallableModule(types.ModuleType):
-    """``deltascope.overlap`` names both this module and the function (a lazy export of
-    the package). Once the module is imported, Python binds the package attribute to the
-    module, so the module forwards calls: ``deltascope.overlap(base, a, b)`` works either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Overlap:
-        return overlap(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -125,7 +125,7 @@ class CheckResult:
         ok: no violation of severity ``"error"`` (warnings do not fail a check).
         violations: every violation, rule by rule, the worst first within a rule.
         rules: one :class:`RuleResult` per rule, in policy order.
-        policy: the validated :class:`~deltascope.check.policy.Policy`.
+        policy: the validated :class:`~deltascope.checks.policy.Policy`.
         comparison: the :class:`~deltascope.Comparison` that was checked (save it with
             ``to_json`` to make it the next release's baseline).
         baseline: where the baseline came from, if one was used.
@@ -184,19 +184,19 @@ class CheckResult:
         return text
 
     def text(self, *, limit: int = 10) -> str:
-        """Human-readable report (see :func:`deltascope.check.outputs.to_text`)."""
+        """Human-readable report (see :func:`deltascope.checks.outputs.to_text`)."""
         from .outputs import to_text
 
         return to_text(self, limit=limit)
 
     def junit(self) -> str:
-        """JUnit XML, one testcase per rule (see :func:`deltascope.check.outputs.to_junit`)."""
+        """JUnit XML, one testcase per rule (see :func:`deltascope.checks.outputs.to_junit`)."""
         from .outputs import to_junit
 
         return to_junit(self)
 
     def github(self) -> str:
-        """GitHub Actions annotations (see :func:`deltascope.check.outputs.to_github`)."""
+        """GitHub Actions annotations (see :func:`deltascope.checks.outputs.to_github`)."""
         from .outputs import to_github
 
         return to_github(self)
@@ -225,7 +225,7 @@ def check(
             runs with only what the policy needs (no SVD unless a rule names a spectral
             column, the policy's ``[select]`` filter ...).
         policy: a TOML or JSON file, a dict of the same schema (``docs/check.md``), or a
-            loaded :class:`~deltascope.check.policy.Policy`.
+            loaded :class:`~deltascope.checks.policy.Policy`.
         baseline: a previous release's saved result (or :class:`Comparison`) for
             ``baseline`` rules; defaults to the policy's ``[baseline].path``. Without one,
             baseline rules are skipped.

@@ -1,4 +1,4 @@
-"""``deltascope.check``: gate a released checkpoint in CI with a policy.
+"""``deltascope.check`` (this package: ``deltascope.checks``): gate a released checkpoint in CI with a policy.
 
     >>> import deltascope
     >>> result = deltascope.check(deltascope.demo_pair(), {"rules": [{"kind": "identical", "blocks": "embedding"}]},
@@ -9,27 +9,11 @@
 A policy (TOML, JSON or a dict; schema in ``docs/check.md``) lists rules; a failed rule
 is data (:class:`Violation`), not an exception. ``deltascope check`` on the command line
 exits 0 when every rule passes, 1 on violations and 2 on errors.
-
-The package is also callable (``deltascope.check(...)`` works whether the name resolves
-to this package or to its :func:`check` function): importing a submodule such as
-``deltascope.check.policy`` makes Python bind the *package* to ``deltascope.check``.
 """
 
 from __future__ import annotations
-
-import sys
-import types
-from typing import Any
 
 from .policy import Policy, PolicyRule, load_policy
 from .rules import CheckResult, RuleResult, Violation, check
 
 __all__ = ["check", "CheckResult", "RuleResult", "Violation", "Policy", "PolicyRule", "load_policy"]
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> CheckResult:
-        return check(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
