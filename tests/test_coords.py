@@ -444,3 +444,18 @@ def test_coords_rule_agrees_with_the_elementwise_family(make_pair) -> None:
     by_name = rows.set_index("name")
     assert (prof["n_changed"] == by_name.loc[prof.index, "n_changed_rel_0.01"]).all()
     assert (prof["n_changed_exact"] == by_name.loc[prof.index, "n_changed_exact"]).all()
+
+
+def test_size_cap_skips_with_a_note(make_pair) -> None:
+    """A tensor above max_numel is skipped (its other metrics still computed), not an OOM."""
+    b, t, base, _ = make_pair()
+    cap = 1000  # the 64x32 embedding and head (2048) exceed it; norms (32) do not
+    cmp = deltascope.compare(b, t, coords={"max_numel": cap})
+    rows = cmp.tensors.set_index("name")
+    big = rows.loc["model.embed_tokens.weight"]
+    assert big["status"] == "ok" and "exceed max_numel=1000" in big["coords_note"]
+    assert np.isnan(big["spearman_absdelta_absw0"]) and big["numel"] == 2048
+    small = rows.loc["model.layers.0.self_attn.k_proj.weight"]  # 16 x 32 = 512
+    assert "max_numel" not in (small["coords_note"] or "")
+    with pytest.raises(ValueError, match="max_numel"):
+        CoordsOptions(max_numel=0)

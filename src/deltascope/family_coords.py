@@ -85,6 +85,11 @@ class CoordsOptions:
             reused in both modes.
         sample_limit: coordinates above which correlations use a seeded sample.
         seed: seed of the correlation samples (mixed with each tensor's name).
+        max_numel: tensors with more coordinates are skipped with a note in
+            ``coords_note`` (``None``: no cap). The analysis ranks whole tensors in float64
+            and needs ~70 bytes per coordinate: the default (2^26, 67M coordinates, an
+            8B-class MLP matrix) bounds a pair at ~4.7 GB; embeddings of large vocabularies
+            are skipped unless you raise it.
     """
 
     rule: str = "exact"
@@ -94,6 +99,7 @@ class CoordsOptions:
     svd: Literal["fast", "exact"] = "fast"
     sample_limit: int = SAMPLE_LIMIT
     seed: int = DEFAULT_SEED
+    max_numel: int | None = 1 << 26
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rule", parse_rule(self.rule)[2])
@@ -115,6 +121,10 @@ class CoordsOptions:
         object.__setattr__(self, "bins", int(self.bins))
         object.__setattr__(self, "sample_limit", int(self.sample_limit))
         object.__setattr__(self, "seed", int(self.seed))
+        if self.max_numel is not None:
+            if int(self.max_numel) < 1:
+                raise ValueError(f"CoordsOptions.max_numel must be >= 1 or None, got {self.max_numel!r}")
+            object.__setattr__(self, "max_numel", int(self.max_numel))
 
     def labels(self) -> list[str]:
         """Column labels of the densities: ``['1pct', '10pct', '20pct']``."""
@@ -273,6 +283,12 @@ class CoordsFamily(Family):
             out["coords_note"] = "not a float pair: coordinates not analysed"
             return out
         o = self.opts
+        if o.max_numel is not None and ctx.base_info.numel > o.max_numel:
+            out["coords_note"] = (
+                f"skipped: {ctx.base_info.numel} coordinates exceed max_numel={o.max_numel} "
+                "(raise CoordsOptions.max_numel, or None for no cap; ~70 bytes per coordinate)"
+            )
+            return out
         notes: list[str] = []
         dev = ctx.device
         kw = {"base_dtype": ctx.base_dtype, "tuned_dtype": ctx.tuned_dtype, "device": dev}
