@@ -448,7 +448,7 @@ def test_coords_rule_agrees_with_the_elementwise_family(make_pair) -> None:
 
 def test_size_cap_skips_with_a_note(make_pair) -> None:
     """A tensor above max_numel is skipped (its other metrics still computed), not an OOM."""
-    b, t, base, _ = make_pair()
+    b, t, _, _ = make_pair()
     cap = 1000  # the 64x32 embedding and head (2048) exceed it; norms (32) do not
     cmp = deltascope.compare(b, t, coords={"max_numel": cap})
     rows = cmp.tensors.set_index("name")

@@ -526,9 +526,8 @@ def test_json_round_trip_reproduces_groups(make_pair) -> None:
 
 def test_split_auto_reads_config_json_end_to_end(tmp_path) -> None:
     """The engine hands the base checkpoint's config.json to the family."""
-    from conftest import write_checkpoint
-
     import deltascope
+    from conftest import write_checkpoint
 
     g = torch.Generator().manual_seed(11)
     name = "model.layers.0.self_attn.qkv_proj.weight"
