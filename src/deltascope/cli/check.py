@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_run, run_kwargs
+from .options import add_run, plain_help, run_kwargs
 
 EXAMPLES = """examples:
   deltascope check base/ tuned/ --policy release.toml
@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "check",
         help="check a checkpoint pair or a saved result against a policy (exit 1 on violations)",
-        description=__doc__,
+        description=plain_help(__doc__),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

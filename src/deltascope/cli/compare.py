@@ -15,6 +15,7 @@ from .options import (
     add_selection,
     emit_json,
     metrics_kwargs,
+    plain_help,
     run_kwargs,
     selection_kwargs,
 )
@@ -36,7 +37,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
         help="compare a base and a tuned checkpoint",
-        description=__doc__,
+        description=plain_help(__doc__),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -7,7 +7,16 @@ import sys
 from typing import Any
 
 from .compare import add_report_flag, check_report_flag, finish
-from .options import add_metrics, add_output, add_run, add_selection, metrics_kwargs, run_kwargs, selection_kwargs
+from .options import (
+    add_metrics,
+    add_output,
+    add_run,
+    add_selection,
+    metrics_kwargs,
+    plain_help,
+    run_kwargs,
+    selection_kwargs,
+)
 
 EXAMPLES = """examples:
   deltascope demo
@@ -21,7 +30,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="run on the built-in synthetic pair (no network)",
-        description=__doc__,
+        description=plain_help(__doc__),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

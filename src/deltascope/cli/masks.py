@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_selection, emit_json, selection_kwargs
+from .options import add_selection, emit_json, plain_help, selection_kwargs
 
 EXAMPLES = """examples:
   deltascope masks out/comparison.json -o opd-masks/          # the comparison's checkpoints and selection
@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "masks",
         help="save the changed masks of an update",
-        description=__doc__,
+        description=plain_help(__doc__),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -20,6 +20,11 @@ __all__ = [
 ]
 
 
+def plain_help(doc: str | None) -> str:
+    """A module docstring as plain help text (no reStructuredText double backticks)."""
+    return (doc or "").replace("``", "")
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]

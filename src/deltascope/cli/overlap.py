@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_selection, emit_json, selection_kwargs
+from .options import add_selection, emit_json, plain_help, selection_kwargs
 
 EXAMPLES = """examples:
   deltascope overlap base/ opd/ rl/                    # three checkpoints, one streaming pass
@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "overlap",
         help="overlap of the changed coordinates of several updates",
-        description=__doc__,
+        description=plain_help(__doc__),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..comparison import Comparison
-from .options import emit_json
+from .options import emit_json, plain_help
 
 EXAMPLES = """examples:
   deltascope report out/comparison.json -o report/
@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "report",
         help="write tables, plots and an HTML report from a saved result",
-        description=__doc__,
+        description=plain_help(__doc__),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -271,12 +271,17 @@ def _upcast_pair(a: torch.Tensor, b: torch.Tensor, ws: _Workspace, m: int) -> tu
     return af, bf, d
 
 
-def _count(mask: torch.Tensor) -> int:
-    return int(torch.count_nonzero(mask))
+_NP_CMP = {"gt": np.greater, "le": np.less_equal, "ne": np.not_equal}
 
 
-def _count_gt(x: torch.Tensor, thr: torch.Tensor | float, mask: torch.Tensor) -> int:
-    return _count(torch.gt(x, thr, out=mask))
+def _count_cmp(op: str, x: torch.Tensor, y: torch.Tensor | float, mask: torch.Tensor) -> int:
+    """Number of elements where ``x <op> y`` (``op`` in gt / le / ne), using ``mask`` as
+    scratch. On the CPU numpy's compare-and-count is ~3x faster than torch's (it is the
+    hot loop of the pass); on other devices torch does it. Both compare in x's dtype."""
+    if x.device.type == "cpu":
+        yv = y.numpy() if isinstance(y, torch.Tensor) else y
+        return int(np.count_nonzero(_NP_CMP[op](x.numpy(), yv, out=mask.numpy())))
+    return int(torch.count_nonzero(getattr(torch, op)(x, y, out=mask)))
 
 
 def _key_shift(dtype: torch.dtype) -> tuple[torch.dtype, int]:
@@ -302,8 +307,7 @@ def _chunk_update(
     n_nonfinite = 0
     if math.isfinite(s00) and math.isfinite(s11):
         # Finite values: Δ == 0 exactly where the stored values are equal (+0 == -0).
-        # (count_nonzero on a bool tensor is ~10x faster than on floats.)
-        changed = _count(torch.ne(d, 0, out=mask))
+        changed = _count_cmp("ne", d, 0.0, mask)
         n_nonzero = changed
         energy = _sum_products(d, d)
         dot0d = _sum_products(af, d)
@@ -331,7 +335,7 @@ def _chunk_update(
         a64, b64, d64 = af.double(), bf.double(), d.double()
         s00, s11 = float(torch.dot(a64, a64)), float(torch.dot(b64, b64))
         energy, dot0d = float(torch.dot(d64, d64)), float(torch.dot(a64, d64))
-        n_nonzero = _count(torch.ne(d, 0, out=mask))
+        n_nonzero = _count_cmp("ne", d, 0.0, mask)
     st.counts["exact"] = st.counts.get("exact", 0) + changed
     st.sumsq_w0 += s00
     st.sumsq_w1 += s11
@@ -344,7 +348,7 @@ def _chunk_update(
         st.max_abs = max(st.max_abs, float(ad.max()))
 
     def bump(key: str, thr: torch.Tensor | float) -> None:
-        st.counts[key] = st.counts.get(key, 0) + _count_gt(ad, thr, mask) + n_nonfinite
+        st.counts[key] = st.counts.get(key, 0) + _count_cmp("gt", ad, thr, mask) + n_nonfinite
 
     for t in opts.atol:
         bump(f"atol_{fmt_threshold(t)}", t)
@@ -359,8 +363,8 @@ def _chunk_update(
     if opts.ulp:
         ulp = _ulp(a, af, base_dt, tmp)
         n_zero = m - n_nonzero  # unchanged (and non-finite) coordinates have Δ = 0 here
-        n1 = _count(torch.le(ad, ulp, out=mask)) - n_zero
-        n2 = _count(torch.le(ad, ulp.mul_(2), out=mask)) - n_zero
+        n1 = _count_cmp("le", ad, ulp, mask) - n_zero
+        n2 = _count_cmp("le", ad, ulp.mul_(2), mask) - n_zero
         st.counts["ulp1"] = st.counts.get("ulp1", 0) + n1
         st.counts["ulp2"] = st.counts.get("ulp2", 0) + n2 - n1
         st.counts["ulp3plus"] = st.counts.get("ulp3plus", 0) + changed - n2
