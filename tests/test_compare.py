@@ -274,3 +274,15 @@ def test_displays(planted_pair) -> None:
     assert "tensors" in repr(cmp)
     top = cmp.top(3)
     assert len(top) == 3 and top["energy"].is_monotonic_decreasing
+
+
+def test_by_where_restricts_rows_but_keeps_whole_run_shares(planted_pair) -> None:
+    b, t, *_ = planted_pair
+    cmp = deltascope.compare(b, t)
+    layer0 = (cmp.tensors["layer"] == 0).fillna(False).to_numpy(dtype=bool)
+    part = cmp.by("block", where=layer0)
+    manual = cmp.tensors[layer0 & (cmp.tensors["block"] == "mlp").to_numpy()]
+    assert part.loc["mlp", "n_changed_exact"] == manual["n_changed_exact"].sum()
+    assert part.loc["mlp", "energy_share"] == pytest.approx(manual["energy"].sum() / cmp.ok["energy"].sum())
+    with pytest.raises(ValueError, match="one boolean per tensor row"):
+        cmp.by("block", where=[True])

@@ -79,7 +79,7 @@ class Comparison:
     def _specs_by_kind(self, *kinds: str) -> list[str]:
         return [s.name for s in self.columns if s.agg in kinds and s.name in self.tensors.columns]
 
-    def by(self, *keys: str, dropna: bool = False) -> pd.DataFrame:
+    def by(self, *keys: str, dropna: bool = False, where: Any = None) -> pd.DataFrame:
         """Aggregate over groups of tensors, with the right weighting.
 
         Raw sums and counts are summed over each group and the derived columns recomputed
@@ -90,6 +90,8 @@ class Comparison:
         Args:
             *keys: any of :data:`GROUP_KEYS`; none gives one row for the whole model.
             dropna: drop groups whose key is missing (e.g. ``layer`` of embeddings).
+            where: a boolean mask over ``tensors`` rows: aggregate only those rows (shares
+                stay relative to the whole comparison).
 
         Returns:
             A DataFrame indexed by the keys, with ``n_tensors`` first.
@@ -98,6 +100,11 @@ class Comparison:
         if bad:
             raise ValueError(f"Cannot group by {bad}; choose from {list(GROUP_KEYS)}.")
         ok = self.ok
+        if where is not None:
+            mask = np.asarray(where, dtype=bool)
+            if mask.shape != (len(self.tensors),):
+                raise ValueError(f"where= needs one boolean per tensor row ({len(self.tensors)}), got {mask.shape}")
+            ok = self.tensors[mask & (self.tensors["status"] == "ok").to_numpy()]
         sums = self._specs_by_kind("sum")
         maxes = self._specs_by_kind("max")
         if keys:

@@ -384,18 +384,12 @@ def group_values(cmp: Comparison, mask: np.ndarray, keys: Iterable[str] = ()) ->
         True
     """
     keys = tuple(keys)
-    spare = next(k for k in ("param", "expert", "dtype_tuned", "dtype_base", "tower") if k not in keys)
-    tensors = cmp.tensors.copy()
-    tensors[spare] = np.where(mask, "__selected__", "__other__")
-    view = Comparison(tensors, cmp.mismatches, cmp.metadata, cmp.columns, cmp.families, cmp.extras)
-    table = view.by(spare, *keys)
-    if "__selected__" not in table.index.get_level_values(spare):
-        return table.iloc[:0]
-    if keys:
-        return table.xs("__selected__", level=spare, drop_level=True)
-    out = table.loc[["__selected__"]]
-    out.index = pd.Index(["selection"], name="scope")
-    return out
+    table = cmp.by(*keys, where=mask)
+    if not keys:
+        table.index = pd.Index(["selection"], name="scope")
+        if table["n_tensors"].iloc[0] == 0:
+            return table.iloc[:0]
+    return table
 
 
 def _label(keys: tuple[str, ...], idx: Any) -> str:
