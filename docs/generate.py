@@ -43,12 +43,12 @@ def columns_md() -> str:
         "[spectral.md](spectral.md), [coordinates.md](coordinates.md).",
         "",
         "Column names that carry a threshold or a fraction follow the options of the run; the",
-        "tables below show them for `metrics=\"full\"`, `spectral=True` and `coords=True`.",
+        'tables below show them for `metrics="full"`, `spectral=True` and `coords=True`.',
         "",
     ]
     families = [
         ("Identity (every run)", IDENTITY_COLUMNS),
-        ("Elementwise (every run; `metrics=\"full\"` shown)", ElementwiseFamily(ElementwiseOptions.full()).specs()),
+        ('Elementwise (every run; `metrics="full"` shown)', ElementwiseFamily(ElementwiseOptions.full()).specs()),
         ("Spectral (`spectral=True`)", family_class("spectral").from_user(True).specs()),
         ("Coordinates (`coords=True`)", family_class("coords").from_user(True).specs()),
     ]
