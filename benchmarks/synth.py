@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from deltascope.demo import llama_shapes as _llama_shapes
+
 __all__ = ["llama_config", "llama_shapes", "write_pair"]
 
 
@@ -20,26 +22,7 @@ def llama_config(layers: int, hidden: int = 2048, inter: int = 5632, vocab: int 
 
 
 def llama_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    h, i, v, kv = cfg["hidden"], cfg["inter"], cfg["vocab"], cfg["kv"]
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
-    for n in range(cfg["layers"]):
-        p = f"model.layers.{n}."
-        shapes.update(
-            {
-                p + "self_attn.q_proj.weight": (h, h),
-                p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h),
-                p + "self_attn.o_proj.weight": (h, h),
-                p + "mlp.gate_proj.weight": (i, h),
-                p + "mlp.up_proj.weight": (i, h),
-                p + "mlp.down_proj.weight": (h, i),
-                p + "input_layernorm.weight": (h,),
-                p + "post_attention_layernorm.weight": (h,),
-            }
-        )
-    shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (v, h)
-    return shapes
+    return _llama_shapes(cfg["layers"], cfg["hidden"], cfg["inter"], cfg["vocab"], cfg["kv"])
 
 
 def _tensor_pair(name: str, shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from deltascope import demo
+
 os.environ.setdefault("DELTASCOPE_NO_PROGRESS", "1")
 
 
@@ -22,25 +24,7 @@ def _demo_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
 
 
 def llama_shapes(layers: int = 2, hidden: int = 32, inter: int = 48, vocab: int = 64, kv: int = 16) -> dict[str, tuple]:
-    shapes: dict[str, tuple] = {"model.embed_tokens.weight": (vocab, hidden)}
-    for n in range(layers):
-        p = f"model.layers.{n}."
-        shapes.update(
-            {
-                p + "self_attn.q_proj.weight": (hidden, hidden),
-                p + "self_attn.k_proj.weight": (kv, hidden),
-                p + "self_attn.v_proj.weight": (kv, hidden),
-                p + "self_attn.o_proj.weight": (hidden, hidden),
-                p + "mlp.gate_proj.weight": (inter, hidden),
-                p + "mlp.up_proj.weight": (inter, hidden),
-                p + "mlp.down_proj.weight": (hidden, inter),
-                p + "input_layernorm.weight": (hidden,),
-                p + "post_attention_layernorm.weight": (hidden,),
-            }
-        )
-    shapes["model.norm.weight"] = (hidden,)
-    shapes["lm_head.weight"] = (vocab, hidden)
-    return shapes
+    return demo.llama_shapes(layers, hidden, inter, vocab, kv)
 
 
 def random_state(

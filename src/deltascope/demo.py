@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["demo_pair", "make_demo_pair", "DEMO_CONFIG"]
+__all__ = ["demo_pair", "make_demo_pair", "llama_shapes", "DEMO_CONFIG"]
 
 #: Shape of the demo model (a Llama config, trimmed).
 DEMO_CONFIG = {
@@ -43,28 +43,39 @@ DEMO_CONFIG = {
 _VERSION = "1"
 
 
-def _llama_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
-    for n in range(cfg["num_hidden_layers"]):
+def llama_shapes(layers: int, hidden: int, inter: int, vocab: int, kv: int) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a Llama-architecture checkpoint (``kv``: width of the
+    k/v projections), in the order ``save_pretrained`` would list them.
+
+    >>> shapes = llama_shapes(layers=2, hidden=8, inter=16, vocab=32, kv=4)
+    >>> len(shapes), shapes["model.layers.1.mlp.down_proj.weight"]
+    (21, (8, 16))
+    """
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    for n in range(layers):
         p = f"model.layers.{n}."
         shapes.update(
             {
-                p + "self_attn.q_proj.weight": (h, h),
-                p + "self_attn.k_proj.weight": (kv, h),
-                p + "self_attn.v_proj.weight": (kv, h),
-                p + "self_attn.o_proj.weight": (h, h),
-                p + "mlp.gate_proj.weight": (i, h),
-                p + "mlp.up_proj.weight": (i, h),
-                p + "mlp.down_proj.weight": (h, i),
-                p + "input_layernorm.weight": (h,),
-                p + "post_attention_layernorm.weight": (h,),
+                p + "self_attn.q_proj.weight": (hidden, hidden),
+                p + "self_attn.k_proj.weight": (kv, hidden),
+                p + "self_attn.v_proj.weight": (kv, hidden),
+                p + "self_attn.o_proj.weight": (hidden, hidden),
+                p + "mlp.gate_proj.weight": (inter, hidden),
+                p + "mlp.up_proj.weight": (inter, hidden),
+                p + "mlp.down_proj.weight": (hidden, inter),
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
             }
         )
-    shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (v, h)
+    shapes["model.norm.weight"] = (hidden,)
+    shapes["lm_head.weight"] = (vocab, hidden)
     return shapes
+
+
+def _demo_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h = cfg["hidden_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    return llama_shapes(cfg["num_hidden_layers"], h, cfg["intermediate_size"], cfg["vocab_size"], kv)
 
 
 def make_demo_pair(folder: str | os.PathLike[str], *, seed: int = 0) -> tuple[Path, Path]:
@@ -74,7 +85,7 @@ def make_demo_pair(folder: str | os.PathLike[str], *, seed: int = 0) -> tuple[Pa
     g = torch.Generator().manual_seed(seed)
     base: dict[str, torch.Tensor] = {}
     tuned: dict[str, torch.Tensor] = {}
-    for name, shape in _llama_shapes(DEMO_CONFIG).items():
+    for name, shape in _demo_shapes(DEMO_CONFIG).items():
         if len(shape) == 1:  # norms: near 1, frozen
             w0 = 1.0 + 0.05 * torch.randn(shape, generator=g)
             w1 = w0

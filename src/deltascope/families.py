@@ -31,7 +31,15 @@ from .metrics.elementwise import (
 )
 from .naming import Role
 
-__all__ = ["PairContext", "Family", "ElementwiseFamily", "family_from_options", "family_class", "FAMILIES"]
+__all__ = [
+    "PairContext",
+    "Family",
+    "OptionsFamily",
+    "ElementwiseFamily",
+    "family_from_options",
+    "family_class",
+    "FAMILIES",
+]
 
 
 @dataclass
@@ -175,6 +183,57 @@ class ElementwiseFamily(Family):
     @staticmethod
     def compute_dtype(ctx: PairContext) -> torch.dtype:
         return compute_dtype_for(ctx.base_dtype, ctx.tuned_dtype)
+
+
+class OptionsFamily(Family):
+    """A family configured by a frozen options dataclass (``to_dict``/``from_dict``), with
+    the common ``compare(<family>=...)`` argument forms:
+
+    ``True``/``"default"`` (default options), one of :attr:`modes` (sets
+    :attr:`mode_field`), a dict of option fields, or an options object. Subclasses set
+    the class attributes and implement :meth:`make_specs`.
+    """
+
+    options_class: ClassVar[Any]
+    mode_field: ClassVar[str]
+    modes: ClassVar[tuple[str, ...]] = ("exact", "fast")
+    example: ClassVar[str] = ""
+
+    def __init__(self, opts: Any = None) -> None:
+        self.opts = opts if opts is not None else self.options_class()
+        self._specs = self.make_specs(self.opts)
+
+    def make_specs(self, opts: Any) -> list[ColumnSpec]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def from_user(cls, arg: Any) -> Family:
+        if isinstance(arg, cls.options_class):
+            return cls(arg)
+        if arg is True or arg == "default":
+            return cls()
+        if isinstance(arg, str) and arg in cls.modes:
+            return cls(cls.options_class(**{cls.mode_field: arg}))
+        if isinstance(arg, Mapping):
+            return cls(cls.options_class.from_dict(arg))
+        modes = ", ".join(repr(m) for m in cls.modes)
+        raise ValueError(
+            f"{cls.name}={arg!r}: use True, {modes}, a dict of options (e.g. {cls.example}) or "
+            f"{cls.options_class.__module__}.{cls.options_class.__name__}."
+        )
+
+    def specs(self) -> list[ColumnSpec]:
+        return list(self._specs)
+
+    def raw_columns(self) -> list[str]:
+        return [s.name for s in self._specs if s.agg in ("sum", "max", "tensor", "key")]
+
+    def options(self) -> dict[str, Any]:
+        return self.opts.to_dict()
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Family:
+        return cls(cls.options_class.from_dict(options))
 
 
 def _equality(ctx: PairContext) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import torch
 
 from .columns import ColumnSpec
 from .constants import DEFAULT_SEED, SAMPLE_LIMIT
-from .families import Family, PairContext
+from .families import OptionsFamily, PairContext
 from .metrics.coords import (
     abs_correlations,
     bin_positions,
@@ -211,7 +211,7 @@ def _specs(opts: CoordsOptions) -> list[ColumnSpec]:
     return specs
 
 
-class CoordsFamily(Family):
+class CoordsFamily(OptionsFamily):
     """Magnitude vs source, low-magnitude and principal mask overlap, magnitude profile.
 
     Example:
@@ -225,40 +225,16 @@ class CoordsFamily(Family):
 
     name: ClassVar[str] = "coords"
 
+    options_class = CoordsOptions
+    mode_field = "svd"
+    example = "{'rule': 'atol_1e-05', 'bins': 20}"
+
     def __init__(self, opts: CoordsOptions | None = None) -> None:
-        self.opts = opts or CoordsOptions()
-        self._specs = _specs(self.opts)
+        super().__init__(opts)
         self._profile: list[dict[str, Any]] = []
 
-    @classmethod
-    def from_user(cls, arg: Any) -> CoordsFamily:
-        """From ``compare(coords=...)``: ``True``, ``"fast"``/``"exact"`` (SVD mode of the
-        principal mask), a dict of :class:`CoordsOptions` fields, or the options."""
-        if isinstance(arg, CoordsOptions):
-            return cls(arg)
-        if arg is True or arg == "default":
-            return cls()
-        if arg in ("fast", "exact"):
-            return cls(CoordsOptions(svd=arg))
-        if isinstance(arg, Mapping):
-            return cls(CoordsOptions.from_dict(arg))
-        raise ValueError(
-            f"coords={arg!r}: use True, 'fast', 'exact', a dict of options (e.g. {{'rule': 'atol_1e-05', "
-            "'bins': 20}) or deltascope.family_coords.CoordsOptions."
-        )
-
-    def specs(self) -> list[ColumnSpec]:
-        return list(self._specs)
-
-    def raw_columns(self) -> list[str]:
-        return [s.name for s in self._specs if s.agg in ("sum", "max", "tensor", "key")]
-
-    def options(self) -> dict[str, Any]:
-        return self.opts.to_dict()
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> CoordsFamily:
-        return cls(CoordsOptions.from_dict(options))
+    def make_specs(self, opts: CoordsOptions) -> list[ColumnSpec]:
+        return _specs(opts)
 
     def start(self) -> None:
         self._profile = []

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .columns import ColumnSpec
-from .families import Family, PairContext
+from .families import OptionsFamily, PairContext
 from .metrics.elementwise import _fmt_pct, fmt_threshold
 from .metrics.spectral import (
     SVD,
@@ -143,7 +143,7 @@ def _raw_docs(opts: SpectralOptions) -> dict[str, str]:
     return docs
 
 
-class SpectralFamily(Family):
+class SpectralFamily(OptionsFamily):
     """Ranks, spectrum, principal-subspace projection, rotation, drift and intruder
     dimensions of every matrix update.
 
@@ -158,40 +158,16 @@ class SpectralFamily(Family):
 
     name: ClassVar[str] = "spectral"
 
+    options_class = SpectralOptions
+    mode_field = "mode"
+    example = "{'mode': 'fast', 'ranks': [0.1]}"
+
     def __init__(self, opts: SpectralOptions | None = None) -> None:
-        self.opts = opts or SpectralOptions()
-        self._specs = _specs(self.opts)
+        super().__init__(opts)
         self._kinds = spectral_raw_kinds(self.opts)
 
-    @classmethod
-    def from_user(cls, arg: Any) -> SpectralFamily:
-        """From ``compare(spectral=...)``: ``True`` (exact), ``"exact"``, ``"fast"``, a dict
-        of :class:`SpectralOptions` fields, or the options."""
-        if isinstance(arg, SpectralOptions):
-            return cls(arg)
-        if arg is True or arg == "default":
-            return cls()
-        if arg in ("exact", "fast"):
-            return cls(SpectralOptions(mode=arg))
-        if isinstance(arg, Mapping):
-            return cls(SpectralOptions.from_dict(arg))
-        raise ValueError(
-            f"spectral={arg!r}: use True, 'exact', 'fast', a dict of options (e.g. {{'mode': 'fast', "
-            "'ranks': [0.1]}) or deltascope.family_spectral.SpectralOptions."
-        )
-
-    def specs(self) -> list[ColumnSpec]:
-        return list(self._specs)
-
-    def raw_columns(self) -> list[str]:
-        return [s.name for s in self._specs if s.agg in ("sum", "max", "tensor", "key")]
-
-    def options(self) -> dict[str, Any]:
-        return self.opts.to_dict()
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> SpectralFamily:
-        return cls(SpectralOptions.from_dict(options))
+    def make_specs(self, opts: SpectralOptions) -> list[ColumnSpec]:
+        return _specs(opts)
 
     def derive(self, raw: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return derive_spectral(raw, self.opts)
