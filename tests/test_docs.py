@@ -40,3 +40,13 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert tests in ci.splitlines(), f"CI does not run the README's test command {tests!r}"
     assert "pip install --quiet torch==2.13.0" in ci  # the CPU pin comes first
     assert ci.index("torch==2.13.0") < ci.index('-e ".[dev]"')
+
+
+def test_import_stays_cheap() -> None:
+    """matplotlib, the Hub client and scipy load only when a feature needs them."""
+    code = (
+        "import sys, deltascope; "
+        "print(sorted(m for m in ('matplotlib', 'huggingface_hub', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
