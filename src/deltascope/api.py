@@ -155,8 +155,9 @@ def open_pair(base: Spec, tuned: Spec, **source_options: Any) -> tuple[Checkpoin
             if ck is not None and ck is not given:
                 ck.close()
         raise error
-    results = [ck for ck in opened if ck is not None]
-    return results[0], results[1]
+    b, t = opened
+    assert b is not None and t is not None
+    return b, t
 
 
 def optional_family(name: str, user: Any) -> Family | None:
