@@ -51,7 +51,13 @@ from ..errors import (
 )
 from .base import Checkpoint, SourceFile, TensorInfo
 from .hub_http import TOKEN_HELP, HubHTTP, RetryPolicy, TransferStats
-from .safetensors_format import SafetensorsHeader, parse_header, read_header_length
+from .safetensors_format import (
+    SafetensorsHeader,
+    assemble_tensors,
+    parse_header,
+    parse_weight_map,
+    read_header_length,
+)
 from .torchfile import TorchCheckpoint
 
 __all__ = ["HubCheckpoint", "open_hub", "parse_hub_spec", "TensorCache"]
@@ -418,15 +424,7 @@ def choose_layout(files: list[str], repo: str) -> tuple[str, list[str]]:
 
 def _weight_map(body: bytes, where: str, siblings: list[str]) -> dict[str, str]:
     """The ``weight_map`` of an index, with every shard a file of the repo."""
-    try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"Index {where!r} is not valid JSON ({e}).", path=where) from e
-    wm = obj.get("weight_map") if isinstance(obj, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
-        raise CorruptCheckpointError(
-            f"Index {where!r} has no 'weight_map' object mapping tensor names to shard files.", path=where
-        )
+    wm = parse_weight_map(body, where=where)
     present = set(siblings)
     out: dict[str, str] = {}
     for name, shard in wm.items():
@@ -446,39 +444,6 @@ def _weight_map(body: bytes, where: str, siblings: list[str]) -> dict[str, str]:
             )
         out[name] = clean
     return out
-
-
-def _assemble(
-    headers: dict[str, SafetensorsHeader], weight_map: dict[str, str] | None, where: str
-) -> dict[str, TensorInfo]:
-    """Tensors in storage order: per file in header order, or from the index's weight_map
-    sorted by (file, offset); the same order a local folder of the same files gives."""
-    tensors: dict[str, TensorInfo] = {}
-    if weight_map is None:
-        for file, h in headers.items():
-            for info in h.tensors:
-                if info.name in tensors:
-                    raise CorruptCheckpointError(
-                        f"Tensor {info.name!r} is stored twice in {where}, in {tensors[info.name].file!r} and "
-                        f"{file!r}. Add an index, or download the repo and point deltascope at one file.",
-                        path=file,
-                        tensor=info.name,
-                    )
-                tensors[info.name] = info
-        return tensors
-    by_file = {f: {t.name: t for t in h.tensors} for f, h in headers.items()}
-    for name, shard in weight_map.items():
-        info = by_file.get(shard, {}).get(name)
-        if info is None:
-            raise CorruptCheckpointError(
-                f"Index of {where} maps tensor {name!r} to shard {shard!r}, but that shard does not contain it. "
-                "The index and shards are out of sync; fix the repository or pick another revision.",
-                path=shard,
-                tensor=name,
-            )
-        tensors[name] = info
-    order = {f: i for i, f in enumerate(headers)}
-    return dict(sorted(tensors.items(), key=lambda kv: (order[kv[1].file], kv[1].start)))
 
 
 def _as_tensor(buf: bytearray, info: TensorInfo) -> torch.Tensor:
@@ -556,7 +521,9 @@ class HubCheckpoint(Checkpoint):
         self.files = [f for _, f in parts]
         for h in headers.values():
             self.metadata.update(h.metadata)
-        self.tensors = _assemble(headers, weight_map, f"{repo.repo_id}@{repo.sha}")
+        self.tensors = assemble_tensors(
+            headers, weight_map, where=f"{repo.repo_id}@{repo.sha}", fix="fix the repository or pick another revision"
+        )
         if config is not None:
             try:
                 cfg = json.loads(config.result().decode("utf-8"))

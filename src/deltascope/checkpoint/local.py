@@ -21,14 +21,20 @@ import json
 import mmap
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, NoWeightsError, UnsafeCheckpointError
 from .base import Checkpoint, SourceFile, TensorInfo
-from .safetensors_format import SafetensorsHeader, parse_header, read_header_length
+from .safetensors_format import (
+    SafetensorsHeader,
+    assemble_tensors,
+    parse_header,
+    parse_weight_map,
+    read_header_length,
+)
 
 __all__ = ["SafetensorsCheckpoint", "open_local", "read_safetensors_header", "safe_child"]
 
@@ -127,35 +133,10 @@ class SafetensorsCheckpoint(Checkpoint):
         for h in headers.values():
             self.metadata.update(h.metadata)
 
-        if weight_map is None:
-            for rel, h in headers.items():
-                for info in h.tensors:
-                    if info.name in self.tensors:
-                        other = self.tensors[info.name].file
-                        raise CorruptCheckpointError(
-                            f"Tensor {info.name!r} is stored twice, in {other!r} and {rel!r} under "
-                            f"{self.root!r}. Point deltascope at one file, or add an index.",
-                            path=rel,
-                            tensor=info.name,
-                        )
-                    self.tensors[info.name] = info
-        else:
-            by_file = {rel: {t.name: t for t in h.tensors} for rel, h in headers.items()}
-            rel_of = {Path(os.path.relpath(p, root)).as_posix(): rel for rel, p in self._paths.items()}
-            for name, shard in weight_map.items():
-                rel = rel_of.get(Path(shard).as_posix(), Path(shard).as_posix())
-                info = by_file.get(rel, {}).get(name)
-                if info is None:
-                    raise CorruptCheckpointError(
-                        f"Index {str(index_file)!r} maps tensor {name!r} to shard {shard!r}, but that shard "
-                        "does not contain it. The index and shards are out of sync; re-download the checkpoint.",
-                        path=str(index_file),
-                        tensor=name,
-                    )
-                self.tensors[name] = info
-            # Keep storage order (file, offset) so reads walk each file forward.
-            order = {rel: i for i, rel in enumerate(headers)}
-            self.tensors = dict(sorted(self.tensors.items(), key=lambda kv: (order[kv[1].file], kv[1].start)))
+        if weight_map is not None:
+            weight_map = {name: PurePosixPath(shard).as_posix() for name, shard in weight_map.items()}
+        where = repr(str(index_file)) if index_file is not None else repr(self.root)
+        self.tensors = assemble_tensors(headers, weight_map, where=where, fix="re-download the checkpoint")
         self.config = _load_config(root)
 
     # -- reading ---------------------------------------------------------------------
@@ -235,16 +216,10 @@ def _load_config(root: Path) -> dict[str, Any] | None:
 
 def _read_index(index: Path) -> dict[str, str]:
     try:
-        obj = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"Index {str(index)!r} is not valid JSON ({e}).", path=str(index)) from e
-    wm = obj.get("weight_map") if isinstance(obj, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
-        raise CorruptCheckpointError(
-            f"Index {str(index)!r} has no 'weight_map' object mapping tensor names to shard files.",
-            path=str(index),
-        )
-    return wm
+        body = index.read_bytes()
+    except OSError as e:
+        raise CorruptCheckpointError(f"Cannot read index {str(index)!r}: {e}", path=str(index)) from e
+    return parse_weight_map(body, where=str(index))
 
 
 def _index_shards(root: Path, index: Path) -> tuple[dict[str, str], list[Path]]:

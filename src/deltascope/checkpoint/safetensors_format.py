@@ -26,7 +26,7 @@ from ..dtypes import DTYPES
 from ..errors import CorruptCheckpointError
 from .base import TensorInfo
 
-__all__ = ["SafetensorsHeader", "read_header_length", "parse_header"]
+__all__ = ["SafetensorsHeader", "read_header_length", "parse_header", "parse_weight_map", "assemble_tensors"]
 
 _PREFIX = 8
 
@@ -204,3 +204,64 @@ def _parse_entry(name: str, entry: object, *, source: str, file: str, data_start
             name,
         )
     return TensorInfo(name, dtype, tuple(shape), file, data_start + begin, data_start + end)
+
+
+def parse_weight_map(body: bytes, *, where: str) -> dict[str, str]:
+    """The ``weight_map`` of a ``*.safetensors.index.json`` (tensor name -> shard file),
+    validated as an object of strings; shard names are returned as written (callers check
+    that they stay inside their folder or repository).
+
+    Raises:
+        CorruptCheckpointError: not JSON, or no ``weight_map`` of strings.
+    """
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(f"Index {where!r} is not valid JSON ({e}).", path=where) from e
+    wm = obj.get("weight_map") if isinstance(obj, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise CorruptCheckpointError(
+            f"Index {where!r} has no 'weight_map' object mapping tensor names to shard files.", path=where
+        )
+    return wm
+
+
+def assemble_tensors(
+    headers: dict[str, SafetensorsHeader], weight_map: dict[str, str] | None, *, where: str, fix: str
+) -> dict[str, TensorInfo]:
+    """The tensors of a checkpoint made of several safetensors files, in storage order
+    (file, then offset), so reads walk each file forward.
+
+    Args:
+        headers: parsed headers by file name (relative to the checkpoint root, posix).
+        weight_map: the index's map (values normalised like the ``headers`` keys); without
+            one every tensor of every file is exposed and names must be unique.
+        where: the checkpoint, for messages.
+        fix: what the user should do when index and shards disagree.
+    """
+    tensors: dict[str, TensorInfo] = {}
+    if weight_map is None:
+        for file, h in headers.items():
+            for info in h.tensors:
+                if info.name in tensors:
+                    raise CorruptCheckpointError(
+                        f"Tensor {info.name!r} is stored twice in {where}, in {tensors[info.name].file!r} and "
+                        f"{file!r}. Point deltascope at one file, or add an index.",
+                        path=file,
+                        tensor=info.name,
+                    )
+                tensors[info.name] = info
+        return tensors
+    by_file = {f: {t.name: t for t in h.tensors} for f, h in headers.items()}
+    for name, shard in weight_map.items():
+        info = by_file.get(shard, {}).get(name)
+        if info is None:
+            raise CorruptCheckpointError(
+                f"The index of {where} maps tensor {name!r} to shard {shard!r}, but that shard does not contain "
+                f"it. The index and shards are out of sync; {fix}.",
+                path=shard,
+                tensor=name,
+            )
+        tensors[name] = info
+    order = {f: i for i, f in enumerate(headers)}
+    return dict(sorted(tensors.items(), key=lambda kv: (order[kv[1].file], kv[1].start)))
