@@ -228,9 +228,13 @@ def build_frame(rows: list[dict[str, Any]], specs: list[ColumnSpec], families: S
         if s.name not in cols and s.agg != "derived":
             cols[s.name] = [None] * n if s.agg == "key" else np.full(n, np.nan)
     ok = (raw["status"] == "ok").to_numpy(dtype=bool) if n else np.zeros(0, dtype=bool)
+    keys = {s.name for s in specs if s.agg == "key"}
     for f in families:
-        fam_raw = {c: as_float(cols[c]) for c in f.raw_columns() if c in cols and not _is_key(specs, c)}
-        fam_raw.update({c: np.asarray(cols[c], dtype=object) for c in f.raw_columns() if _is_key(specs, c)})
+        fam_raw = {
+            c: np.asarray(cols[c], dtype=object) if c in keys else as_float(cols[c])
+            for c in f.raw_columns()
+            if c in cols
+        }
         for k, v in f.derive(fam_raw).items():
             cols[k] = np.where(ok, v, np.nan) if n else np.zeros(0)
     if "energy" in cols:
@@ -240,10 +244,6 @@ def build_frame(rows: list[dict[str, Any]], specs: list[ColumnSpec], families: S
     order = [s.name for s in specs if s.name in cols]
     order += [c for c in cols if c not in order]
     return normalize_dtypes(pd.DataFrame({c: cols[c] for c in order}, index=raw.index), specs)
-
-
-def _is_key(specs: list[ColumnSpec], name: str) -> bool:
-    return any(s.name == name and s.agg == "key" for s in specs)
 
 
 def as_float(values: Any) -> np.ndarray:

@@ -227,12 +227,12 @@ class _Workspace:
         return cls(e(), e(), e(), e(), e(), torch.empty(size, dtype=torch.bool, device=device))
 
 
-_WS_CACHE: dict[tuple[int, torch.dtype, str], _Workspace] = {}
+_WS_CACHE: dict[tuple[torch.dtype, str], _Workspace] = {}
 
 
 def _workspace(size: int, dtype: torch.dtype, device: torch.device) -> _Workspace:
     # One workspace per (dtype, device), grown as needed and reused across tensors.
-    key = (0, dtype, str(device))
+    key = (dtype, str(device))
     ws = _WS_CACHE.get(key)
     if ws is None or ws.af.numel() < size:
         _WS_CACHE.pop(key, None)
